@@ -217,6 +217,7 @@ class Params:
     root: str = "."  # folder of params.yaml; relative paths resolve against it
 
     def path(self, relative: str) -> Path:
+        """``relative`` resolved against the folder of params.yaml."""
         p = Path(relative)
         return p if p.is_absolute() else (Path(self.root) / p).resolve()
 
@@ -278,7 +279,7 @@ def _validate_params(params: Params) -> None:
     # Type-check every resolved trial config once, before anything runs.
     for ds in suite.datasets:
         for variant in suite.variants:
-            trial_config(params, ds, variant, suite.seeds[0], num_classes=2, run_dir="/tmp/validate")
+            trial_config(params, ds, variant, suite.seeds[0], run_dir="-")
 
 
 # Fields the sweep fills in per trial; everything else in TrainConfig is recipe.
@@ -319,7 +320,7 @@ def resolved_model_options(params: Params, dataset: str, variant: str) -> dict[s
     return options
 
 
-def trial_config(params: Params, dataset: str, variant: str, seed: int, *, num_classes: int, run_dir: str):
+def trial_config(params: Params, dataset: str, variant: str, seed: int, *, run_dir: str):
     """The `TrainConfig` of one trial (suite recipe, then per-dataset recipe)."""
     from pipelines.engine.config import TrainConfig
 
@@ -333,8 +334,27 @@ def trial_config(params: Params, dataset: str, variant: str, seed: int, *, num_c
         seed=seed,
         **recipe,
     )
-    del num_classes  # the engine reads it from the prepared dataset's meta.json
     return from_mapping(TrainConfig, values, f"trial {dataset}/{variant}/seed{seed}")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial of a sweep: a variant and a seed with its resolved `TrainConfig` fields."""
+
+    key: str  # "<variant>/seed<seed>"
+    variant: str
+    seed: int
+    config: dict[str, Any]  # TrainConfig fields; run_dir is filled in where the trial runs
+
+
+def plan_dataset_trials(params: Params, dataset: str) -> list[TrialSpec]:
+    """The trial grid of ``dataset``: the suite's variants x seeds."""
+    trials = []
+    for variant in params.suite.variants:
+        for seed in params.suite.seeds:
+            config = trial_config(params, dataset, variant, seed, run_dir="-")
+            trials.append(TrialSpec(f"{variant}/seed{seed}", variant, seed, dataclasses.asdict(config)))
+    return trials
 
 
 def params_hash(obj: Any) -> str:

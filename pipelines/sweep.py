@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 
 from ray import tune
 
-from pipelines.config import Params, ParamsError, load_params, params_hash, trial_config
+from pipelines.config import Params, ParamsError, load_params, params_hash, plan_dataset_trials
 from pipelines.tracking import (
     check_no_secrets,
     default_tracking_uri,
@@ -60,24 +59,6 @@ FAULT_ENV = "REFINENET_FAULT_ONCE_DIR"  # testing hook: each trial fails once wh
 
 class SweepError(RuntimeError):
     """The sweep cannot start (missing data, bad address, ...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialSpec:
-    key: str  # "<variant>/seed<seed>"
-    variant: str
-    seed: int
-    config: dict[str, Any]  # TrainConfig fields, run_dir filled in by the worker
-
-
-def plan_trials(params: Params, dataset: str) -> list[TrialSpec]:
-    """The trial grid of ``dataset``: suite variants x seeds, with their resolved TrainConfigs."""
-    trials = []
-    for variant in params.suite.variants:
-        for seed in params.suite.seeds:
-            config = trial_config(params, dataset, variant, seed, num_classes=0, run_dir="")
-            trials.append(TrialSpec(f"{variant}/seed{seed}", variant, seed, dataclasses.asdict(config)))
-    return trials
 
 
 def _reportable(metrics: dict[str, Any]) -> dict[str, float]:
@@ -297,7 +278,7 @@ def _ensure_parent_run(client, experiment_name: str, sweep_key: str, tags: dict[
     return experiment_id, run.info.run_id
 
 
-def _init_ray(address: str | None, storage_path: Path) -> None:
+def _init_ray(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -331,11 +312,13 @@ def run_sweep(
             f"Prepared dataset {prepared} is missing. Fix: run `python -m pipelines.prepare {dataset}` "
             f"(or `dvc repro prepare@{dataset}`) first."
         )
-    trials = plan_trials(params, dataset)
+    trials = plan_dataset_trials(params, dataset)
     suite = params.suite
     sweep_key = f"{suite.name}-{dataset}-{params_hash([t.config for t in trials])}"
-    storage_path = params.path(params.ray.storage_path)
-    storage_path.mkdir(parents=True, exist_ok=True)
+    storage = params.ray.storage_path
+    storage_path = storage if "://" in storage else str(params.path(storage))
+    if "://" not in storage_path:
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
     tracking_uri = default_tracking_uri(params.root, tracking_uri or params.mlflow.tracking_uri)
 
     base_tags = {"suite": suite.name, "dataset": dataset, **git_state(params.root), **environment_tags()}
@@ -359,7 +342,7 @@ def run_sweep(
         trial_info[t.key] = {"variant": t.variant, "seed": t.seed, "model": t.config["model"], "params": flat}
     logger = MlflowTrialLogger(tracking_uri, experiment_id, parent_run_id, trial_info, base_tags)
 
-    _init_ray(address or params.ray.address, storage_path)
+    _init_ray(address or params.ray.address)
     resources = suite.resources
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -367,10 +350,10 @@ def run_sweep(
         ),
         {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
     )
-    experiment_path = storage_path / sweep_key
-    if tune.Tuner.can_restore(str(experiment_path)):
+    experiment_path = f"{storage_path.rstrip('/')}/{sweep_key}"
+    if tune.Tuner.can_restore(experiment_path):
         print(f"Resuming the interrupted sweep {experiment_path}", file=sys.stderr)
-        tuner = tune.Tuner.restore(str(experiment_path), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -378,7 +361,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent_trials or None),
             run_config=tune.RunConfig(
                 name=sweep_key,
-                storage_path=str(storage_path),
+                storage_path=storage_path,
                 failure_config=tune.FailureConfig(max_failures=resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[logger],
