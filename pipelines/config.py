@@ -223,9 +223,9 @@ class Params:
 
 
 def known_datasets() -> list[str]:
-    from pipelines.datasets import DATASETS
+    from pipelines.datasets.registry import list_datasets
 
-    return sorted(DATASETS)
+    return list_datasets()
 
 
 def _validate_params(params: Params) -> None:

@@ -342,6 +342,8 @@ def run_sweep(
         trial_info[t.key] = {"variant": t.variant, "seed": t.seed, "model": t.config["model"], "params": flat}
     logger = MlflowTrialLogger(tracking_uri, experiment_id, parent_run_id, trial_info, base_tags)
 
+    # Save Tune's experiment state often, so that a killed sweep resumes where it stopped.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     _init_ray(address or params.ray.address)
     resources = suite.resources
     trainable = tune.with_resources(
