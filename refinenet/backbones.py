@@ -125,12 +125,16 @@ class ResNetBackbone(nn.Module):
         state = resolve_weights(weights, weights_enum)
         if state is not None:
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            fix = f"Fix: pass a state dict saved from torchvision's {backbone}."
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as error:  # shape mismatches raise even with strict=False
+                raise ValueError(f"Weights do not fit {backbone}: {error}. {fix}") from error
             missing = [k for k in missing if not k.startswith("fc.")]
             if missing or unexpected:
                 raise ValueError(
-                    f"Weights do not fit {backbone}: missing {missing[:5]}, unexpected {unexpected[:5]}. "
-                    f"Fix: pass a state dict saved from torchvision's {backbone}."
+                    f"Weights do not fit {backbone}: missing {missing[:5]}, "
+                    f"unexpected {unexpected[:5]}. {fix}"
                 )
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
