@@ -1,0 +1,1 @@
+"""Pipelines of the RefineNet suite: fetch, prepare, train, sweep, profile, report."""
