@@ -276,10 +276,23 @@ def _validate_params(params: Params) -> None:
                     f"{key}: unknown recipe field {name!r}. "
                     f"Allowed fields: {', '.join(sorted(recipe_fields))}."
                 )
-    # Type-check every resolved trial config once, before anything runs.
+    # Type-check every resolved trial config, and build every model on the meta device (no memory,
+    # no weights) so that a bad option value fails here, before anything runs.
+    import torch
+
+    from refinenet.registry import build_model
+
     for ds in suite.datasets:
-        for variant in suite.variants:
-            trial_config(params, ds, variant, suite.seeds[0], run_dir="-")
+        for variant in dict.fromkeys(suite.variants + suite.profile.variants):
+            config = trial_config(params, ds, variant, suite.seeds[0], run_dir="-")
+            options = dict(config.model_options)
+            if "weights" in options:
+                options["weights"] = None
+            try:
+                with torch.device("meta"):
+                    build_model(config.model, 2, **options)
+            except (ValueError, TypeError, KeyError) as error:
+                raise ParamsError(f"variants.{variant} (dataset {ds}): {error}") from error
 
 
 # Fields the sweep fills in per trial; everything else in TrainConfig is recipe.

@@ -67,7 +67,7 @@ def test_model_options_precedence(tmp_path):
             "unknown option 'pooling'",
         ),
         (lambda r: r["suite"].__setitem__("variants", ["nope"]), "unknown variant 'nope'"),
-        (lambda r: r["suite"]["recipe"].__setitem__("lr", "fast"), "lr: 'fast' is not a"),
+        (lambda r: r["suite"]["recipe"].__setitem__("lr", "fast"), "lr: expected a number, got 'fast'"),
         (lambda r: r["suite"]["recipe"].__setitem__("iterations", 1.5), "expected an integer"),
         (lambda r: r["suite"]["recipe"].__setitem__("optimiser", "sgd"), "unknown recipe field 'optimiser'"),
         (lambda r: r["suite"]["recipe"].__setitem__("optimizer", "lbfgs"), "'lbfgs' is not allowed"),
@@ -88,3 +88,10 @@ def test_bad_params_fail_with_the_key_and_allowed_values(tmp_path, mutate, messa
 def test_missing_params_file_says_how_to_fix(tmp_path):
     with pytest.raises(ParamsError, match="does not exist"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_bad_option_value_fails_at_load_time(tmp_path):
+    raw = _raw()
+    raw["variants"]["refinenet"]["options"]["cascade"] = "3-cascaded"
+    with pytest.raises(ParamsError, match="variants.refinenet .*3-cascaded"):
+        load_params(_write(tmp_path, raw))
