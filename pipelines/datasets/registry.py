@@ -17,7 +17,17 @@ from pipelines.datasets.errors import UnknownDatasetError
 from pipelines.datasets.layout import LayoutWriter
 
 # Dataset modules under pipelines/datasets/ that register themselves on import.
-BUILTIN_MODULES: tuple[str, ...] = ("synthetic", "voc", "ade20k", "cityscapes")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "synthetic",
+    "voc",
+    "ade20k",
+    "cityscapes",
+    "pascal_context",
+    "person_part",
+    "nyudv2",
+    "sunrgbd",
+    "camvid",
+)
 
 #: convert(inputs, writer, **options): `inputs` maps each archive's file name to its extracted
 #: folder (or to the file itself when `Archive.extract` is False); the converter calls `writer.add`.
