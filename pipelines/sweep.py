@@ -62,7 +62,7 @@ class SweepError(RuntimeError):
 
 
 def _reportable(metrics: dict[str, Any]) -> dict[str, float]:
-    keep = {k: v for k, v in metrics.items() if "/" in k or k in MEASUREMENT_KEYS}
+    keep = {k: v for k, v in metrics.items() if "/" in k or k in MEASUREMENT_KEYS or k == "trial_done"}
     return finite_metrics(keep)
 
 
