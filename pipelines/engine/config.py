@@ -70,6 +70,8 @@ class TrainConfig:
     warmup_iters: int = 0
     grad_clip: float | None = None
     freeze_backbone_bn: bool = False
+    # data parallel (world size > 1): batch_size is per worker; BatchNorm statistics over the global batch
+    sync_bn: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -201,7 +203,15 @@ class TrainConfig:
             not isinstance(self.max_eval_images, int) or self.max_eval_images < 1
         ):
             _fail("max_eval_images", self.max_eval_images, "None or an integer >= 1")
-        for name in ("hflip", "freeze_backbone_bn", "channels_last", "deterministic", "eval_flip", "measure"):
+        for name in (
+            "hflip",
+            "freeze_backbone_bn",
+            "sync_bn",
+            "channels_last",
+            "deterministic",
+            "eval_flip",
+            "measure",
+        ):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "true or false")
 
