@@ -20,8 +20,11 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that may differ between a run and its resumption (they do not change what is learned).
+# run_dir: a Tune trial restored in a new Ray session (or by a Ray Train restart) resumes a copy
+# of its checkpoint in a new trial folder.
 RESUME_FREE_FIELDS = frozenset(
     {
+        "run_dir",
         "stop_after",
         "num_workers",
         "log_interval",
