@@ -144,13 +144,19 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ResourcesSpec:
-    """Ray resources per trial (fractions allowed) and retry policy."""
+    """Ray resources per trial (fractions allowed) and retry policy.
+
+    ``workers_per_trial > 1``: each trial is data parallel over that many Ray Train workers, and
+    ``cpus_per_trial`` / ``gpus_per_trial`` are per worker (docs/multi_gpu.md); the recipe's
+    ``batch_size`` is then per worker.
+    """
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent_trials: int = 0  # 0 = as many as resources allow
     max_failures: int = 1
     torch_threads: int = 1
+    workers_per_trial: int = 1
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,7 @@ def _validate_params(params: Params) -> None:
             )
     if not suite.seeds:
         raise ParamsError("suite.seeds: give at least one seed, e.g. [0].")
+    _validate_resources(suite.resources)
     recipe_fields = {f.name for f in dataclasses.fields(TrainConfig)} - _ENGINE_OWNED_FIELDS
     recipes = [("suite.recipe", suite.recipe)] + [
         (f"suite.dataset_settings.{ds}.recipe", s.recipe) for ds, s in suite.dataset_settings.items()
@@ -285,6 +292,12 @@ def _validate_params(params: Params) -> None:
     for ds in suite.datasets:
         for variant in dict.fromkeys(suite.variants + suite.profile.variants):
             config = trial_config(params, ds, variant, suite.seeds[0], run_dir="-")
+            resources = suite.resources
+            if config.sync_bn and resources.workers_per_trial > 1 and resources.gpus_per_trial == 0:
+                raise ParamsError(
+                    f"recipe sync_bn: true (dataset {ds}) needs GPUs: SyncBatchNorm does not run on the "
+                    "CPU. Fix: set gpus_per_trial >= 1, or sync_bn false for CPU data-parallel trials."
+                )
             options = dict(config.model_options)
             if "weights" in options:
                 options["weights"] = None
@@ -293,6 +306,21 @@ def _validate_params(params: Params) -> None:
                     build_model(config.model, 2, **options)
             except (ValueError, TypeError, KeyError) as error:
                 raise ParamsError(f"variants.{variant} (dataset {ds}): {error}") from error
+
+
+def _validate_resources(resources: ResourcesSpec) -> None:
+    key = "suite.resources"
+    if resources.workers_per_trial < 1:
+        raise ParamsError(f"{key}.workers_per_trial: {resources.workers_per_trial} must be >= 1.")
+    if resources.cpus_per_trial <= 0 or resources.gpus_per_trial < 0:
+        raise ParamsError(f"{key}: cpus_per_trial must be > 0 and gpus_per_trial >= 0.")
+    if resources.workers_per_trial > 1 and 0 < resources.gpus_per_trial < 1:
+        raise ParamsError(
+            f"{key}.gpus_per_trial: {resources.gpus_per_trial} with workers_per_trial "
+            f"{resources.workers_per_trial}: the workers of one data-parallel trial need whole GPUs "
+            "(NCCL cannot put two ranks on one GPU). Fix: gpus_per_trial 1, or workers_per_trial 1 to "
+            "share GPUs between single-worker trials."
+        )
 
 
 # Fields the sweep fills in per trial; everything else in TrainConfig is recipe.

@@ -3,7 +3,9 @@
 ``python -m pipelines.sweep <dataset>`` (the DVC ``sweep@<dataset>`` stage):
 - trials run `pipelines.engine.train.train` on local Ray by default, or on an existing cluster
   (``--address``, ``ray.address`` in params.yaml, or ``RAY_ADDRESS``);
-- resources per trial, retries (``FailureConfig``) and concurrency come from params.yaml;
+- resources per trial, retries (``FailureConfig``) and concurrency come from params.yaml; with
+  ``resources.workers_per_trial > 1`` a trial is data parallel over that many Ray Train workers
+  (`pipelines.data_parallel`, docs/multi_gpu.md);
 - each trial reports its engine checkpoints through ``tune.report``; re-running an interrupted sweep
   restores the Tune experiment (``Tuner.restore``): finished trials are not run again, unfinished
   ones continue from their last checkpoint;
@@ -45,6 +47,8 @@ MEASUREMENT_KEYS = (
     "peak_mem_reserved_gb",
     "infer_latency_ms",
     "infer_img_per_s",
+    "world_size",
+    "effective_batch",
 )
 ARTIFACT_FILES = (
     "config.json",
@@ -70,8 +74,33 @@ def _reportable(metrics: dict[str, Any]) -> dict[str, float]:
 # The trainable (runs in a Ray worker)
 
 
-def run_trial(trial: dict[str, Any], *, configs: dict[str, dict[str, Any]], torch_threads: int) -> None:
-    """Ray Tune function trainable: one trial = one `train` call, reporting through ``tune.report``."""
+def copy_final_checkpoint(run_dir: Path, out: Path) -> None:
+    """``last.pt`` and ``artifacts/`` (run folder files and predictions) of a finished run into ``out``."""
+    checkpoints = run_dir / "checkpoints"
+    for item in checkpoints.iterdir() if checkpoints.is_dir() else []:
+        if item.is_file():
+            shutil.copy2(item, out / item.name)
+    artifacts = out / "artifacts"
+    artifacts.mkdir()
+    for name in ARTIFACT_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, artifacts / name)
+    if (run_dir / "predictions").is_dir():
+        shutil.copytree(run_dir / "predictions", artifacts / "predictions")
+
+
+def run_trial(
+    trial: dict[str, Any],
+    *,
+    configs: dict[str, dict[str, Any]],
+    torch_threads: int,
+    data_parallel: dict[str, Any] | None = None,
+) -> None:
+    """Ray Tune function trainable: one trial = one `train` call, reporting through ``tune.report``.
+
+    ``data_parallel`` (``workers``, ``cpus_per_worker``, ``gpus_per_worker``, ``train_storage``):
+    the trial runs on several Ray Train workers instead (`pipelines.data_parallel`).
+    """
     import ray
     import torch
 
@@ -100,6 +129,14 @@ def run_trial(trial: dict[str, Any], *, configs: dict[str, dict[str, Any]], torc
             marker.write_text("injected failure\n")
             raise RuntimeError(f"Injected failure for {key} ({FAULT_ENV} is set).")
 
+    if data_parallel is not None:
+        from pipelines.data_parallel import run_data_parallel_trial
+
+        run_data_parallel_trial(
+            key=key, config=configs[key], run_dir=run_dir, torch_threads=torch_threads, **data_parallel
+        )
+        return
+
     config = TrainConfig(**{**configs[key], "run_dir": str(run_dir)})
     node_id = ray.get_runtime_context().get_node_id()
 
@@ -114,18 +151,7 @@ def run_trial(trial: dict[str, Any], *, configs: dict[str, dict[str, Any]], torc
     # The last report carries the trial's artifacts, so that the driver can log them to MLflow
     # wherever the trial ran (they travel through the Tune storage path).
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        checkpoints = run_dir / "checkpoints"
-        for item in checkpoints.iterdir() if checkpoints.is_dir() else []:
-            if item.is_file():
-                shutil.copy2(item, out / item.name)
-        artifacts = out / "artifacts"
-        artifacts.mkdir()
-        for name in ARTIFACT_FILES:
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, artifacts / name)
-        if (run_dir / "predictions").is_dir():
-            shutil.copytree(run_dir / "predictions", artifacts / "predictions")
+        copy_final_checkpoint(run_dir, Path(tmp))
         payload = {
             **_reportable(final),
             "step": final.get("step", config.iterations),
@@ -327,6 +353,8 @@ def run_sweep(
 
     from refinenet.registry import model_options
 
+    resources = suite.resources
+    workers = resources.workers_per_trial
     trial_info = {}
     for t in trials:
         options = {**model_options(t.config["model"]), **t.config["model_options"]}
@@ -338,6 +366,8 @@ def run_sweep(
                 {k: v for k, v in t.config.items() if k not in ("model_options", "run_dir", "model")}
             ),
             **flatten_params(options, prefix="opt."),
+            "workers_per_trial": str(workers),
+            "effective_batch": str(t.config["batch_size"] * workers),
         }
         trial_info[t.key] = {"variant": t.variant, "seed": t.seed, "model": t.config["model"], "params": flat}
     logger = MlflowTrialLogger(tracking_uri, experiment_id, parent_run_id, trial_info, base_tags)
@@ -345,14 +375,28 @@ def run_sweep(
     # Save Tune's experiment state often, so that a killed sweep resumes where it stopped.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     _init_ray(address or params.ray.address)
-    resources = suite.resources
+    experiment_path = f"{storage_path.rstrip('/')}/{sweep_key}"
+    data_parallel = None
+    trial_resources = {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
+    if workers > 1:  # the trial function only drives a Ray Train run; the workers hold the resources
+        from pipelines.data_parallel import DRIVER_CPUS
+
+        data_parallel = {
+            "workers": workers,
+            "cpus_per_worker": resources.cpus_per_trial,
+            "gpus_per_worker": resources.gpus_per_trial,
+            "train_storage": f"{experiment_path}-train",
+        }
+        trial_resources = {"cpu": DRIVER_CPUS, "gpu": 0}
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, configs={t.key: t.config for t in trials}, torch_threads=resources.torch_threads
+            run_trial,
+            configs={t.key: t.config for t in trials},
+            torch_threads=resources.torch_threads,
+            data_parallel=data_parallel,
         ),
-        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+        trial_resources,
     )
-    experiment_path = f"{storage_path.rstrip('/')}/{sweep_key}"
     if tune.Tuner.can_restore(experiment_path):
         print(f"Resuming the interrupted sweep {experiment_path}", file=sys.stderr)
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True)

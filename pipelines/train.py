@@ -9,6 +9,9 @@ Every `TrainConfig` field is a flag (``--batch-size 8``, ``--eval-scales 0.75 1.
 ``--sliding-window 512 341``, ``--no-hflip``); ``--option KEY=VALUE`` sets a model option (values
 are read as JSON where they parse, e.g. ``weights=null``, else as strings). Bad input ends with a
 message naming the problem and exit status 2; a non-finite loss with status 1.
+
+Data parallel on one machine (docs/multi_gpu.md): ``torchrun --nproc_per_node N -m pipelines.train
+...`` runs N ranks (NCCL on GPUs, gloo on the CPU); ``--batch-size`` is then per rank.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -83,6 +87,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _init_distributed(config: TrainConfig) -> bool:
+    """Join the process group of a ``torchrun`` launch (WORLD_SIZE > 1); False when single process."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    use_cuda = config.device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipelines.engine.checkpoint import CheckpointMismatchError
@@ -99,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"Unknown option(s) {', '.join(map(repr, unknown))} for model {config.model!r}. "
                 f"Valid options: {', '.join(sorted(valid)) or '(none)'}."
             )
-        metrics = train(config)
+        joined = _init_distributed(config)
+        try:
+            metrics = train(config)
+        finally:
+            if joined:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     except (ValueError, TypeError, KeyError, DatasetNotPreparedError, CheckpointMismatchError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
@@ -107,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    print(f"run folder: {config.run_dir}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+        print(f"run folder: {config.run_dir}", file=sys.stderr)
     return 0
 
 

@@ -20,8 +20,11 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that may differ between a run and its resumption (they do not change what is learned).
+# run_dir: a Tune trial restored in a new Ray session (or by a Ray Train restart) resumes a copy
+# of its checkpoint in a new trial folder.
 RESUME_FREE_FIELDS = frozenset(
     {
+        "run_dir",
         "stop_after",
         "num_workers",
         "log_interval",
@@ -70,6 +73,8 @@ class TrainConfig:
     warmup_iters: int = 0
     grad_clip: float | None = None
     freeze_backbone_bn: bool = False
+    # data parallel (world size > 1): batch_size is per worker; BatchNorm statistics over the global batch
+    sync_bn: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -201,7 +206,15 @@ class TrainConfig:
             not isinstance(self.max_eval_images, int) or self.max_eval_images < 1
         ):
             _fail("max_eval_images", self.max_eval_images, "None or an integer >= 1")
-        for name in ("hflip", "freeze_backbone_bn", "channels_last", "deterministic", "eval_flip", "measure"):
+        for name in (
+            "hflip",
+            "freeze_backbone_bn",
+            "sync_bn",
+            "channels_last",
+            "deterministic",
+            "eval_flip",
+            "measure",
+        ):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "true or false")
 

@@ -178,22 +178,36 @@ class InfiniteBatchSampler(Sampler):
 
     ``start`` is the number of samples already consumed; its (epoch, index) position is
     `position(start, n)`. Resuming with the same ``start`` gives the same stream.
+
+    Data parallel (``world_size > 1``): the stream is cut into global batches of
+    ``batch_size * world_size`` samples, and rank ``r`` yields the ``r``-th slice of ``batch_size``
+    samples of each. The union over ranks is the global batch of a single process with batch
+    ``batch_size * world_size`` (same samples, same augmentation seeds); ``start`` counts global
+    samples.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size}).")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         pos = self.start
         epoch, i = divmod(pos, self.n)
         order = epoch_order(self.seed, epoch, self.n)
+        lo = self.rank * self.batch_size
+        hi = lo + self.batch_size
         while True:
             batch = []
-            for _ in range(self.batch_size):
+            for k in range(self.batch_size * self.world_size):
                 if i == self.n:
                     epoch, i = epoch + 1, 0
                     order = epoch_order(self.seed, epoch, self.n)
-                batch.append((int(order[i]), sample_seed(self.seed, pos)))
+                if lo <= k < hi:
+                    batch.append((int(order[i]), sample_seed(self.seed, pos)))
                 i += 1
                 pos += 1
             yield batch
@@ -214,14 +228,25 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def train_loader(
-    dataset: SegmentationDataset, batch_size: int, seed: int, start: int, num_workers: int, pin_memory: bool
+    dataset: SegmentationDataset,
+    batch_size: int,
+    seed: int,
+    start: int,
+    num_workers: int,
+    pin_memory: bool,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """Endless training loader starting after ``start`` consumed samples; seeded workers."""
+    """Endless training loader starting after ``start`` consumed samples; seeded workers.
+
+    With ``world_size > 1`` it yields this rank's ``batch_size`` slice of every global batch
+    (`InfiniteBatchSampler`); ``start`` counts global samples.
+    """
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
-        batch_sampler=InfiniteBatchSampler(len(dataset), batch_size, seed, start),
+        batch_sampler=InfiniteBatchSampler(len(dataset), batch_size, seed, start, rank, world_size),
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=_seed_worker,

@@ -139,12 +139,19 @@ def evaluate(
     channels_last: bool = False,
     max_images: int | None = None,
     num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EvalResult:
     """Evaluate ``model`` on every image of ``dataset`` (items: normalised image, label, id).
 
     One confusion matrix over the split at each label's original resolution (ignore 255), one
     restricted to a ``boundary_width`` band around ground-truth boundaries, per-image intersection
     and union counts, and palette PNGs of the first ``n_prediction_images`` ids in sorted order.
+
+    Data parallel (``world_size > 1``, process group initialised): rank ``r`` evaluates images
+    ``r, r + world_size, ...``; the confusion matrices are summed and the per-image counts gathered
+    (in dataset order), so every rank returns the result of the whole split. Rank 0 alone writes
+    the prediction PNGs.
     """
     device = torch.device(device)
     was_training = model.training
@@ -152,7 +159,9 @@ def evaluate(
     confusion = ConfusionMatrix(num_classes)
     boundary = ConfusionMatrix(num_classes)
     ids: list[str] = []
+    indices: list[int] = []
     inters, unions = [], []
+    to_write: dict[str, np.ndarray] = {}
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     ids_sorted = sorted(dataset.ids[i] for i in range(n)) if hasattr(dataset, "ids") else []
     to_save = set(ids_sorted[:n_prediction_images]) if prediction_dir is not None else set()
@@ -165,11 +174,12 @@ def evaluate(
         else contextlib.nullcontext()
     )
     try:
+        shard = range(rank, n, world_size)
         if num_workers > 0:  # decode images in worker processes, one full-size image at a time
-            items = DataLoader(Subset(dataset, range(n)), batch_size=None, num_workers=num_workers)
+            items = DataLoader(Subset(dataset, shard), batch_size=None, num_workers=num_workers)
         else:
-            items = (dataset[i] for i in range(n))
-        for image, label, image_id in items:
+            items = (dataset[i] for i in shard)
+        for index, (image, label, image_id) in zip(shard, items, strict=True):
             x = image[None].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -187,10 +197,18 @@ def evaluate(
             inters.append(tp)
             unions.append(counts.sum(0) + counts.sum(1) - tp)
             ids.append(str(image_id))
+            indices.append(index)
             if image_id in to_save:
-                save_palette_png(pred.numpy(), palette, Path(prediction_dir) / f"{image_id}.png")
+                to_write[str(image_id)] = pred.numpy().astype(np.uint8)
     finally:
         model.train(was_training)
+    if world_size > 1:
+        ids, inters, unions, to_write = _merge_shards(
+            confusion, boundary, indices, ids, inters, unions, to_write
+        )
+    if prediction_dir is not None and rank == 0:
+        for image_id, pred in to_write.items():
+            save_palette_png(pred, palette, Path(prediction_dir) / f"{image_id}.png")
     shape = (0, num_classes)
     return EvalResult(
         confusion=confusion,
@@ -199,3 +217,28 @@ def evaluate(
         intersection=np.stack(inters) if inters else np.zeros(shape, np.int64),
         union=np.stack(unions) if unions else np.zeros(shape, np.int64),
     )
+
+
+def _merge_shards(
+    confusion: ConfusionMatrix,
+    boundary: ConfusionMatrix,
+    indices: list[int],
+    ids: list[str],
+    inters: list[np.ndarray],
+    unions: list[np.ndarray],
+    to_write: dict[str, np.ndarray],
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]:
+    """Sum the confusion matrices over ranks (in place) and gather per-image counts in dataset order."""
+    from pipelines.engine.distributed import all_gather_objects, all_reduce_sum
+
+    summed = all_reduce_sum(torch.from_numpy(np.stack([confusion.matrix, boundary.matrix])))
+    confusion.matrix = summed[0].numpy().astype(np.int64)
+    boundary.matrix = summed[1].numpy().astype(np.int64)
+    shards = all_gather_objects((indices, ids, inters, unions, to_write))
+    rows = sorted(
+        (index, image_id, inter, union)
+        for shard in shards
+        for index, image_id, inter, union in zip(shard[0], shard[1], shard[2], shard[3], strict=True)
+    )
+    merged_preds = {k: v for shard in shards for k, v in shard[4].items()}
+    return [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], merged_preds

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pipelines.engine.checkpoint import (
+    CheckpointMismatchError,
     check_compatible,
     load_checkpoint,
     rng_states,
@@ -35,6 +36,14 @@ from pipelines.engine.checkpoint import (
 )
 from pipelines.engine.config import RESUME_FREE_FIELDS, TrainConfig
 from pipelines.engine.data import IGNORE_INDEX, SegmentationDataset, TrainTransform, read_meta, train_loader
+from pipelines.engine.distributed import (
+    DistContext,
+    all_reduce_sum,
+    broadcast_buffers,
+    broadcast_object,
+    unused_parameters,
+    wrap_ddp,
+)
 from pipelines.engine.evaluate import EvalResult, evaluate
 from pipelines.engine.measure import measure
 
@@ -140,6 +149,27 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return total / valid
 
 
+def distributed_loss(
+    logits: torch.Tensor, target: torch.Tensor, world_size: int
+) -> tuple[torch.Tensor, float]:
+    """This rank's share of the global batch loss, and the global loss value (all ranks agree).
+
+    The cross-entropy sum of this rank's pixels is divided by the number of valid pixels of the
+    whole global batch and multiplied by ``world_size``, so that DistributedDataParallel's gradient
+    average equals the gradient of `segmentation_loss` over the global batch in one process.
+    """
+    if logits.shape[-2:] != target.shape[-2:]:
+        raise ValueError(
+            f"Logits {tuple(logits.shape)} do not match labels {tuple(target.shape)}: "
+            "models must return logits at the input size."
+        )
+    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    valid = (target != IGNORE_INDEX).sum().to(total.dtype)
+    sums = all_reduce_sum(torch.stack([total.detach(), valid]))
+    global_valid = sums[1].clamp(min=1)
+    return total * world_size / global_valid, float(sums[0] / global_valid)
+
+
 def _finite_params(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -154,6 +184,13 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+class _NoHistory:
+    """History of ranks other than 0 (rank 0 alone writes the run folder)."""
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        pass
 
 
 class _History:
@@ -194,6 +231,15 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
     ``reporter(metrics, step, checkpoint_dir)`` is called after every evaluation (``checkpoint_dir``
     holds ``last.pt`` of that step). With ``config.stop_after`` set the run checkpoints and returns
     after that many iterations; calling `train` again resumes it.
+
+    Data parallel: when a torch.distributed process group of more than one rank is initialised,
+    every rank calls `train` with the same config; ``config.batch_size`` is the per-rank batch and
+    the effective batch is ``batch_size * world_size`` (the same samples as one process with that
+    batch). The model is wrapped in DistributedDataParallel (SyncBatchNorm with ``config.sync_bn``,
+    GPUs only); evaluation is sharded over the ranks. Rank 0 alone reads and writes the run folder
+    (its checkpoint state is broadcast on resume). The reporter is called on every rank with the same
+    metrics, and with ``checkpoint_dir`` None on ranks other than 0 (Ray Train needs every worker
+    to report). Every rank returns the same metrics.
     """
     from refinenet.registry import build_model
 
@@ -208,7 +254,17 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
         TrainTransform(config.crop_size, config.scale_range, config.hflip),
     )
     val_set = SegmentationDataset(config.dataset_root, config.val_split)
+    ctx = DistContext.current()
+    world = ctx.world_size
+    effective_batch = config.batch_size * world
     device = resolve_device(config.device)
+    if ctx.distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # set per rank by the launcher
+    if ctx.distributed and config.sync_bn and device.type != "cuda":
+        raise ValueError(
+            "TrainConfig.sync_bn=True needs GPUs: SyncBatchNorm does not run on the CPU (gloo). "
+            "Fix: set sync_bn false, or freeze_backbone_bn true, for CPU data-parallel runs."
+        )
     configure_determinism(config.deterministic, device)
     seed_everything(config.seed)
 
@@ -217,16 +273,34 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
     ckpt_path = ckpt_dir / CHECKPOINT_NAME
     config_dict = config.to_dict()
     state = None
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        check_compatible(
-            state, config.model, config.model_options, config_dict, RESUME_FREE_FIELDS, ckpt_path
-        )
+    failure: Exception | None = None
+    if ctx.is_main and ckpt_path.exists():
+        try:
+            state = load_checkpoint(ckpt_path)
+            check_compatible(
+                state, config.model, config.model_options, config_dict, RESUME_FREE_FIELDS, ckpt_path
+            )
+            saved_batch = int(state.get("effective_batch", config.batch_size))
+            if saved_batch != effective_batch:
+                raise CheckpointMismatchError(
+                    f"Checkpoint {ckpt_path} was written with an effective batch of {saved_batch} "
+                    f"(world size {state.get('world_size', 1)}), but this run has {effective_batch} "
+                    f"(batch_size {config.batch_size} x world size {world}). Fix: resume with the same "
+                    f"number of workers, or use another run_dir."
+                )
+        except Exception as error:  # every rank must learn about it, or the others wait forever
+            failure, state = error, None
+    if ctx.distributed:
+        failure, state = broadcast_object((failure, state))
+    if failure is not None:
+        raise failure
 
     model = build_model(config.model, num_classes, **config.model_options)
     backbone_of(model, config.model)
     if config.freeze_backbone_bn:
         freeze_backbone_batchnorm(model)
+    if ctx.distributed and config.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     use_channels_last = config.channels_last and device.type == "cuda"
     model.to(device)
     if use_channels_last:
@@ -248,17 +322,27 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
         set_rng_states(state["rng"])
         del state
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", config_dict)
-    history = _History(run_dir / "history.jsonl", step if step else None)
+    forward_model: nn.Module = model
+    if ctx.distributed:
+        unused = unused_parameters(model, config.crop_size, device, use_channels_last)
+        forward_model = wrap_ddp(model, device, find_unused=bool(unused))
 
-    def checkpoint(at: int) -> str:
+    history: _History | _NoHistory = _NoHistory()
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", config_dict)
+        history = _History(run_dir / "history.jsonl", step if step else None)
+
+    def checkpoint(at: int) -> str | None:
+        """Save ``last.pt`` (rank 0); every rank checks the weights (identical under DDP)."""
         if not _finite_params(model):
             raise NonFiniteLossError(
                 f"Weights became non-finite by step {at} (lr {_lrs(optimizer)}); kept the last good "
                 f"checkpoint {_kept(ckpt_path)}. Fix: lower lr or set grad_clip."
             )
-        samples = at * config.batch_size
+        if not ctx.is_main:
+            return None
+        samples = at * effective_batch
         save_checkpoint(
             ckpt_path,
             {
@@ -273,6 +357,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
                     "index": samples % len(train_set),
                 },
                 "step": at,
+                "world_size": world,
+                "effective_batch": effective_batch,
                 "recent_losses": list(recent),
                 "config": config_dict,
                 "model_name": config.model,
@@ -282,6 +368,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
         return str(ckpt_dir)
 
     def run_eval(final: bool, scales: tuple[float, ...] | None = None) -> EvalResult:
+        if ctx.distributed:
+            broadcast_buffers(model)  # evaluate rank 0's BatchNorm statistics on every shard
         result = evaluate(
             model,
             val_set,
@@ -298,21 +386,30 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
             channels_last=use_channels_last,
             max_images=config.max_eval_images,
             num_workers=config.num_workers if device.type == "cuda" else 0,
+            rank=ctx.rank,
+            world_size=world,
         )
         set_train_mode(model, config.freeze_backbone_bn)
         return result
+
+    def report(metrics: dict[str, float], at: int, saved: str | None) -> None:
+        if reporter is not None and (ctx.distributed or saved is not None):
+            reporter(metrics, at, saved)
 
     loader = train_loader(
         train_set,
         config.batch_size,
         config.seed,
-        step * config.batch_size,
+        step * effective_batch,
         config.num_workers,
         pin_memory=device.type == "cuda",
+        rank=ctx.rank,
+        world_size=world,
     )
     batches = iter(loader)
     set_train_mode(model, config.freeze_backbone_bn)
     window_loss, window_steps, window_time = 0.0, 0, 0.0
+    img_per_s = float("nan")  # global images per second of the last log window
     trainable = [p for p in model.parameters() if p.requires_grad]
     end = config.iterations if config.stop_after is None else min(config.iterations, config.stop_after)
     while step < end:
@@ -325,9 +422,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
         with (
             torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         ):
-            logits = model(images)
-        loss = segmentation_loss(logits, labels)
-        loss_value = float(loss.detach())
+            logits = forward_model(images)
+        if ctx.distributed:
+            loss, loss_value = distributed_loss(logits, labels, world)
+        else:
+            loss = segmentation_loss(logits, labels)
+            loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"Loss is {loss_value} at step {step + 1} (lr {_lrs(optimizer)}); kept the last good "
@@ -347,12 +447,13 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
         window_loss += loss_value
         window_steps += 1
         if step % config.log_interval == 0 or step == config.iterations:
+            img_per_s = window_steps * effective_batch / max(window_time, 1e-9)
             history.write(
                 step,
                 {
                     "train/loss": window_loss / window_steps,
                     "lr": optimizer.param_groups[-1]["lr"],
-                    "train/img_per_s": window_steps * config.batch_size / max(window_time, 1e-9),
+                    "train/img_per_s": img_per_s,
                 },
             )
             window_loss, window_steps, window_time = 0.0, 0, 0.0
@@ -361,10 +462,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
         if step % config.eval_interval == 0 and not is_final:
             metrics = run_eval(final=False).metrics()
             metrics["train/loss"] = float(np.mean(recent))
+            if math.isfinite(img_per_s):
+                metrics["train/img_per_s"] = img_per_s
             history.write(step, metrics)
             saved = checkpoint(step)
-            if reporter is not None:
-                reporter(metrics, step, saved)
+            report(metrics, step, saved)
         elif step % config.checkpoint_interval == 0 or is_final or step == config.stop_after:
             saved = checkpoint(step)
     del batches, loader
@@ -380,7 +482,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
             "val/mIoU"
         ]
     metrics["train/loss"] = float(np.mean(recent)) if recent else float("nan")
-    write_eval_files(run_dir, result, classes)
+    metrics["world_size"] = float(world)
+    metrics["effective_batch"] = float(effective_batch)
+    if ctx.is_main:
+        write_eval_files(run_dir, result, classes)
     if config.measure:
         del optimizer, scheduler
         small = device.type == "cpu"
@@ -397,7 +502,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
             latency_iterations=3 if small else 100,
             copy_model=False,
         )
-        _write_json(run_dir / "measurements.json", {k: _json_value(v) for k, v in info.items()})
+        info.update(world_size=world, per_worker_batch=config.batch_size, effective_batch=effective_batch)
+        if ctx.is_main:
+            _write_json(run_dir / "measurements.json", {k: _json_value(v) for k, v in info.items()})
         metrics.update(
             {
                 k: float(v)
@@ -417,9 +524,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> dict[str, fl
             }
         )
     history.write(step, metrics)
-    _write_json(run_dir / "metrics.json", {k: _json_value(v) for k, v in metrics.items()})
+    if ctx.is_main:
+        _write_json(run_dir / "metrics.json", {k: _json_value(v) for k, v in metrics.items()})
     if reporter is not None:
-        reporter(metrics, step, str(ckpt_dir))
+        reporter(metrics, step, str(ckpt_dir) if ctx.is_main else None)
     return metrics
 
 
