@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from refinenet.backbones import ResNetBackbone, parse_resnet_name
 from refinenet.blocks import CRP_ORDERS, RefineNetBlock
@@ -105,6 +107,127 @@ class MultiScaleBackbone(nn.Module):
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             features.extend(resnet(F.interpolate(x, size=size, mode="bilinear", align_corners=False)))
         return features
+
+
+# --- Speed: frozen-BatchNorm folding (same parameters, same function) -------------------------------
+
+
+def _versions(*tensors: torch.Tensor | None) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors if t is not None)
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` with ``bn(z) = z * s + t`` in eval mode. Cached while nothing in them needs a gradient
+    (frozen BatchNorm or no-grad inference), keyed on the tensors' versions so updates are seen."""
+    needs_grad = torch.is_grad_enabled() and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad)
+    key = _versions(bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    cached = bn.__dict__.get("_folding_cache")
+    if not needs_grad and cached is not None and cached[0] == key:
+        return cached[1]
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale = scale * bn.weight
+        shift = shift * bn.weight + bn.bias
+    if not needs_grad:
+        scale, shift = scale.detach(), shift.detach()
+        bn.__dict__["_folding_cache"] = (key, (scale, shift))
+    return scale, shift
+
+
+def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``; with ``bn`` in eval mode (frozen, or inference) as one conv with folded weights.
+
+    An eval-mode BatchNorm is an affine map, so ``bn(conv(x, W)) = conv(x, W * s) + t`` with
+    ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean * s``. The folded weight is computed from the
+    live parameters at every training step, so autograd still reaches ``W`` (and gamma, beta when they
+    train) with the same gradients; the parameters and the state dict do not change. It saves the
+    BatchNorm kernels and the BatchNorm input that autograd would keep (one activation per conv of
+    the backbone). Without grad (inference) the folded weights are cached until a parameter changes.
+    """
+    if bn.training or conv.padding_mode != "zeros" or bn.running_var is None:
+        return bn(conv(x))
+    if not torch.is_grad_enabled():
+        key = _versions(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        cached = conv.__dict__.get("_folding_cache")
+        if cached is None or cached[0] != key:
+            scale, shift = _bn_affine(bn)
+            bias = shift if conv.bias is None else shift + conv.bias * scale
+            cached = (key, (conv.weight * scale.reshape(-1, 1, 1, 1), bias))
+            conv.__dict__["_folding_cache"] = cached
+        weight, bias = cached[1]
+    else:
+        scale, shift = _bn_affine(bn)
+        bias = shift if conv.bias is None else shift + conv.bias * scale
+        weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class _FoldingBottleneck(Bottleneck):
+    """torchvision's Bottleneck whose conv -> BN pairs fold the BN when it is in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(conv_bn(self.conv1, self.bn1, x), inplace=True)
+        out = F.relu(conv_bn(self.conv2, self.bn2, out), inplace=True)
+        out = conv_bn(self.conv3, self.bn3, out)
+        identity = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
+        return F.relu(out.add_(identity), inplace=True)
+
+
+class _FoldingBasicBlock(BasicBlock):
+    """torchvision's BasicBlock whose conv -> BN pairs fold the BN when it is in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(conv_bn(self.conv1, self.bn1, x), inplace=True)
+        out = conv_bn(self.conv2, self.bn2, out)
+        identity = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x)
+        return F.relu(out.add_(identity), inplace=True)
+
+
+class _FoldingStem(nn.Sequential):
+    """The ResNet stem ``(conv1, bn1, relu, maxpool)`` with the BN folded when it is in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn, relu, pool = self
+        return pool(relu(conv_bn(conv, bn, x)))
+
+
+def _is_conv_bn(modules: nn.Module | None) -> bool:
+    return (
+        isinstance(modules, nn.Sequential)
+        and len(modules) == 2
+        and isinstance(modules[0], nn.Conv2d)
+        and isinstance(modules[1], nn.BatchNorm2d)
+    )
+
+
+def enable_batchnorm_folding(backbone: nn.Module) -> None:
+    """Let every ResNet block and stem under ``backbone`` fold its eval-mode BatchNorm into the conv.
+
+    Only the modules' classes change (to subclasses with a folding ``forward``): parameters,
+    buffers, state-dict keys and the function computed stay the same; train-mode BatchNorm runs
+    as before. It pays when the recipe freezes the backbone's BatchNorm (released code) and at inference.
+    """
+    for module in backbone.modules():
+        plain_shortcut = module.__dict__.get("_modules", {}).get("downsample") is None or _is_conv_bn(
+            getattr(module, "downsample", None)
+        )
+        if type(module) is Bottleneck and plain_shortcut:
+            module.__class__ = _FoldingBottleneck
+        elif type(module) is BasicBlock and plain_shortcut:
+            module.__class__ = _FoldingBasicBlock
+        elif (
+            type(module) is nn.Sequential
+            and len(module) == 4
+            and isinstance(module[0], nn.Conv2d)
+            and isinstance(module[1], nn.BatchNorm2d)
+            and isinstance(module[2], nn.ReLU)
+        ):
+            module.__class__ = _FoldingStem
+
+
+def _run_checkpointed(module: nn.Module, *args):
+    return checkpoint(module, *args, use_reentrant=False)
 
 
 def _check_choice(name: str, value, allowed: Sequence) -> None:
@@ -202,6 +325,8 @@ class RefineNet(nn.Module):
         else:
             self.backbone = ResNetBackbone(backbone, weights=weights)
             group_ids = (1, 2, 3, 4)
+        enable_batchnorm_folding(self.backbone)
+        self.activation_checkpointing = False
         level_width = dict(zip((4, 3, 2, 1), spec.feature_widths, strict=True))
 
         def maybe_dropout(active: bool) -> nn.Module:
@@ -262,11 +387,21 @@ class RefineNet(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> RefineNet:
+        """Memory knob: recompute each RefineNet block in the backward pass instead of keeping its
+        activations (``torch.utils.checkpoint``). Same outputs and gradients; costs about one extra
+        forward pass of the blocks per step (docs/performance.md). The backbone is not checkpointed:
+        recomputing train-mode BatchNorm would update its running statistics twice."""
+        self.activation_checkpointing = bool(enabled)
+        return self
+
     def forward_low_res(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the last RefineNet block, ``(N, num_classes, ~H/4, ~W/4)``."""
         paths = [adapt(f) for adapt, f in zip(self.dimension_adaptation, self.backbone(x), strict=True)]
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block, inputs in zip(self.refinenets, self.block_inputs, strict=True):
-            paths.append(block([paths[p] for p in inputs]))
+            block_inputs = [paths[p] for p in inputs]
+            paths.append(_run_checkpointed(block, block_inputs) if recompute else block(block_inputs))
         return self.head(paths[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,46 @@ from refinenet.blocks.residual_conv_unit import conv3x3
 CRP_ORDERS = ("pool-conv", "conv-pool")
 
 
+class _LeanMaxPool(torch.autograd.Function):
+    """Stride-1 max pooling that keeps its input, not its int64 argmax, for the backward pass.
+
+    ``nn.MaxPool2d`` saves an int64 index per output element: 4x the bytes of a bf16 activation,
+    over 1 GB for the released graph's stride-4 CRP at batch 8, 512x512. Here the backward pass
+    recomputes the indices from the saved input (one cheap pooling pass), so the gradient is the
+    same, bit for bit, as ``nn.MaxPool2d``'s (same kernel, same tie-breaking).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.kernel, ctx.padding = kernel, padding
+        return F.max_pool2d(x, kernel, stride=1, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        _, indices = F.max_pool2d(x, ctx.kernel, stride=1, padding=ctx.padding, return_indices=True)
+        grad_input = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [ctx.kernel, ctx.kernel], [1, 1], [ctx.padding, ctx.padding], [1, 1], False, indices
+        )
+        return grad_input, None, None
+
+
+def lean_max_pool(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    """``pool(x)`` for a stride-1 ``nn.MaxPool2d``, with the memory-lean backward of `_LeanMaxPool`
+    (same output, same gradient; only what autograd keeps differs)."""
+    simple = pool.stride in (1, (1, 1)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
+    if simple and not pool.return_indices and torch.is_grad_enabled() and x.requires_grad:
+        return _LeanMaxPool.apply(x, pool.kernel_size, pool.padding)
+    return pool(x)
+
+
+def _run_pooling_block(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    for layer in block:
+        x = lean_max_pool(layer, x) if isinstance(layer, nn.MaxPool2d) else layer(x)
+    return x
+
+
 def pooling_block(channels: int, order: str = "pool-conv", pool_size: int = 5) -> nn.Sequential:
     """One CRP pooling block: ``pool_size`` max-pool (stride 1) and a 3x3 conv without bias.
 
@@ -55,7 +95,12 @@ class ChainedResidualPooling(nn.Module):
         x = F.relu(x, inplace=self.inplace)
         out = x
         path = x
-        for block in self.blocks:
-            path = block(path)
-            out = out + path
+        for i, block in enumerate(self.blocks):
+            path = _run_pooling_block(block, path)
+            # The running sum is saved by no backward function: after the first (out-of-place) sum,
+            # which must not overwrite the ReLU output that the first block keeps, accumulate in place.
+            if i == 0 or out.dtype != torch.result_type(out, path):
+                out = out + path
+            else:
+                out += path
         return out

@@ -37,12 +37,22 @@ class MultiResolutionFusion(nn.Module):
         """``inputs``: one ``(N, C_i, H_i, W_i)`` tensor per path -> ``(N, min C_i, max H, max W)``."""
         if len(inputs) != len(self.convs):
             raise ValueError(f"MultiResolutionFusion expects {len(self.convs)} inputs, got {len(inputs)}.")
+        if len(inputs) == 1:
+            return inputs[0]
         # The resize target is the largest input resolution, taken from the partner tensors.
         size = max((x.shape[-2:] for x in inputs), key=lambda s: s[0] * s[1])
+        # Start the sum from a full-resolution path (a fresh conv output, kept by no backward
+        # function) and add the upsampled paths into it in place: one buffer, no temporaries.
+        order = sorted(range(len(inputs)), key=lambda i: inputs[i].shape[-2:] != size)
         out = None
-        for conv, x in zip(self.convs, inputs, strict=True):
-            x = conv(x)
+        for i in order:
+            x = self.convs[i](inputs[i])
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            out = x if out is None else out + x
+            if out is None:
+                out = x
+            elif out.dtype == torch.result_type(out, x):
+                out += x
+            else:
+                out = out + x
         return out

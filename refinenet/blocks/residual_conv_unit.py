@@ -29,4 +29,7 @@ class ResidualConvUnit(nn.Module):
         out = self.conv1(F.relu(x))
         # conv1's output is not needed by autograd, so this ReLU can overwrite it.
         out = self.conv2(F.relu(out, inplace=True))
+        # conv2's output is kept by no backward function, so the residual sum can overwrite it.
+        if out.dtype == torch.result_type(out, x):
+            return out.add_(x)
         return out + x
