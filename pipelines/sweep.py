@@ -65,6 +65,21 @@ class SweepError(RuntimeError):
     """The sweep cannot start (missing data, bad address, ...)."""
 
 
+def resolved_options(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of ``model`` with the value it takes: builder defaults, the given options, and
+    the values a preset fills in (``model.options``, built on the meta device: no memory, no weights)."""
+    import torch
+
+    from refinenet.registry import build_model, model_options
+
+    resolved = {**model_options(model), **options}
+    build_options = {**options, **({"weights": None} if "weights" in resolved else {})}
+    with torch.device("meta"):
+        net = build_model(model, 2, **build_options)
+    preset_values = {k: v for k, v in (getattr(net, "options", None) or {}).items() if k != "weights"}
+    return {**resolved, **preset_values}
+
+
 def _reportable(metrics: dict[str, Any]) -> dict[str, float]:
     keep = {k: v for k, v in metrics.items() if "/" in k or k in MEASUREMENT_KEYS or k == "trial_done"}
     return finite_metrics(keep)
@@ -351,13 +366,11 @@ def run_sweep(
     client = MlflowClient(tracking_uri)
     experiment_id, parent_run_id = _ensure_parent_run(client, f"{suite.name}/{dataset}", sweep_key, base_tags)
 
-    from refinenet.registry import model_options
-
     resources = suite.resources
     workers = resources.workers_per_trial
     trial_info = {}
     for t in trials:
-        options = {**model_options(t.config["model"]), **t.config["model_options"]}
+        options = resolved_options(t.config["model"], t.config["model_options"])
         flat = {
             "model": t.config["model"],
             "variant": t.variant,

@@ -263,6 +263,8 @@ def profile_figure(profile: pd.DataFrame, path: Path) -> Path:
                 va="center",
                 transform=ax.transAxes,
             )
+            ax.set(xticks=[], yticks=[], ylabel=label)
+            continue
         else:
             sns.lineplot(
                 data=d,

@@ -554,7 +554,7 @@ def preset_table(runs: SuiteRuns, reference: str | None) -> Table | None:
     notes = [
         "model=refinenet trials with the reference's cascade and chained pooling on, per backbone, "
         "grouped by opt.preset: 'paper' follows the CVPR text, 'released' the released code "
-        "(improved conv-before-pool chained pooling, ...; paper.md §6)."
+        "(4 chained pooling blocks, 3 output RCUs, dropout, 3x3 classifier; paper.md §6, docs/models.md)."
     ]
     return Table("presets", "Paper preset vs released-code preset", data, pd.DataFrame(disp), notes)
 
