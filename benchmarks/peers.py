@@ -87,9 +87,14 @@ def ours(name: str, **options: Any) -> nn.Module:
     return build_model(name, NUM_CLASSES, **options)
 
 
-def ours_released(fold: bool = True, lean_pool: bool = True, checkpointing: bool = False) -> nn.Module:
+def ours_released(
+    fold: bool = True,
+    lean_pool: bool = True,
+    checkpointing: bool = False,
+    max_pool: str = "separable",
+) -> nn.Module:
     """RefineNet-101 ``released``; the switches undo one optimisation each (ablations)."""
-    model = ours("refinenet", backbone="resnet101", preset="released")
+    model = ours("refinenet", backbone="resnet101", preset="released").set_max_pool(max_pool)
     if not fold:
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -121,7 +126,7 @@ class _PlainPool(nn.Module):
         from refinenet.blocks import chained_residual_pooling as crp
 
         lean = crp.lean_max_pool
-        crp.lean_max_pool = lambda pool, x: pool(x)
+        crp.lean_max_pool = lambda pool, x, mode="": pool(x)
         try:
             return self.model(x)
         finally:
@@ -150,6 +155,7 @@ REFINENET: dict[str, Callable[[], nn.Module]] = {
     "ours-released-nofold": lambda: ours_released(fold=False),
     "ours-released-plainpool": lambda: ours_released(lean_pool=False),
     "ours-released-ckpt": lambda: ours_released(checkpointing=True),
+    "ours-released-window": lambda: ours_released(max_pool="window"),
 }
 BASELINES: dict[str, tuple[Callable[[], nn.Module], str]] = {
     # name: (builder, the peer it is compared with, "" for a peer itself)
@@ -346,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-iterations", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--refinenet", default=",".join(REFINENET), help="RefineNet rows to train")
+    parser.add_argument(
+        "--quick", action="store_true", help="only the bf16, frozen-BN, eager training rows of the plan"
+    )
+    parser.add_argument(
+        "--infer",
+        default="port-rf101,ours-released,port-rf101,ours-released",
+        help="RefineNet rows to time at inference, in this order",
+    )
     parser.add_argument("--baselines", default=",".join(BASELINES), help="baseline rows (interleaved)")
     parser.add_argument("--baseline-inference", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
@@ -365,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = [
             ("port-rf101", "bf16", True, False, args.rounds),
             ("ours-released", "bf16", True, False, args.rounds),
+            ("ours-released-window", "bf16", True, False, args.rounds),
             ("port-rf101", "bf16", True, True, args.rounds),
             ("ours-released", "bf16", True, True, args.rounds),
+            ("ours-released-window", "bf16", True, True, args.rounds),
             ("ours-released-plainpool", "bf16", True, True, 1),
             ("ours-released-ckpt", "bf16", True, False, 1),
             ("port-rf101", "bf16", False, False, 1),
@@ -379,13 +395,15 @@ def main(argv: list[str] | None = None) -> int:
             ("ours-released", "fp32", True, True, 1),
         ]
         wanted = set(args.refinenet.split(","))
+        if args.quick:
+            plan = [p for p in plan if p[1:4] == ("bf16", True, False)]
         for rnd in range(args.rounds):
             for name, precision, freeze, graph, rounds in plan:
                 if rnd < rounds and name in wanted:
                     rows.append(train_row(name, REFINENET[name], args, precision, freeze, rnd, graph))
     write(out, rows, args, started)
     if "infer" in sections:
-        for name in ("port-rf101", "ours-released", "port-rf101", "ours-released"):
+        for name in args.infer.split(","):
             rows += infer_rows(name, REFINENET[name], args)
     write(out, rows, args, started)
     if "baselines" in sections:

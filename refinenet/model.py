@@ -27,6 +27,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from refinenet.backbones import ResNetBackbone, parse_resnet_name
 from refinenet.blocks import CRP_ORDERS, RefineNetBlock
+from refinenet.blocks.chained_residual_pooling import MAX_POOL_MODES, ChainedResidualPooling
 from refinenet.blocks.refinenet_block import rcu_chain
 from refinenet.blocks.residual_conv_unit import conv3x3
 from refinenet.registry import register_model
@@ -393,6 +394,17 @@ class RefineNet(nn.Module):
         forward pass of the blocks per step (docs/performance.md). The backbone is not checkpointed:
         recomputing train-mode BatchNorm would update its running statistics twice."""
         self.activation_checkpointing = bool(enabled)
+        return self
+
+    def set_max_pool(self, mode: str = "separable") -> RefineNet:
+        """Speed knob: how the CRP max-pools run, ``"separable"`` (default, faster) or ``"window"``
+        (`refinenet.blocks.chained_residual_pooling.lean_max_pool`). Same outputs and gradient
+        routing in both modes (docs/performance.md)."""
+        if mode not in MAX_POOL_MODES:
+            raise ValueError(f"Unknown max_pool mode {mode!r}. Valid modes: {', '.join(MAX_POOL_MODES)}.")
+        for module in self.modules():
+            if isinstance(module, ChainedResidualPooling):
+                module.max_pool = mode
         return self
 
     def forward_low_res(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from refinenet.blocks.chained_residual_pooling import lean_max_pool
+from refinenet.blocks.chained_residual_pooling import (
+    ChainedResidualPooling,
+    lean_max_pool,
+    separable_max_pool,
+)
 from refinenet.model import RefineNet, _FoldingBasicBlock, _FoldingBottleneck, _FoldingStem
 
 
@@ -35,14 +40,47 @@ def _randomise_batchnorm(model: nn.Module) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
 
 
-def test_lean_max_pool_matches_maxpool_gradient_bit_for_bit_with_ties():
+@pytest.mark.parametrize("mode", ["separable", "window"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lean_max_pool_routes_gradient_as_maxpool_with_ties(mode, channels_last):
     pool = nn.MaxPool2d(5, stride=1, padding=2)
-    x = torch.relu(torch.randn(2, 3, 9, 11)).requires_grad_()  # relu: many tied zeros
-    g = torch.randn(2, 3, 9, 11)
+    x = torch.relu(torch.randn(2, 3, 9, 11))  # relu: many tied zeros
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    # integer-valued upstream gradient: every sum is exact, so any routing difference would show
+    g = torch.randint(-8, 9, (2, 3, 9, 11)).float()
     (ref,) = torch.autograd.grad(pool(x), x, g)
-    out = lean_max_pool(pool, x)
+    out = lean_max_pool(pool, x, mode)
     (got,) = torch.autograd.grad(out, x, g)
     assert torch.equal(out, pool(x)) and torch.equal(got, ref)
+    with torch.no_grad():
+        assert torch.equal(lean_max_pool(pool, x, mode), pool(x))
+
+
+def test_separable_max_pool_float64_continuous_input():
+    """No ties: the gradient equals nn.MaxPool2d's and its total is the upstream total."""
+    gen = torch.Generator().manual_seed(4)
+    pool = nn.MaxPool2d((5, 3), stride=1, padding=(2, 1))
+    x = torch.randn(2, 4, 13, 8, dtype=torch.float64, generator=gen).requires_grad_()
+    g = torch.randn(2, 4, 13, 8, dtype=torch.float64, generator=gen)
+    assert torch.equal(separable_max_pool(x.detach(), (5, 3), (2, 1)), pool(x).detach())
+    (ref,) = torch.autograd.grad(pool(x), x, g)
+    (got,) = torch.autograd.grad(lean_max_pool(pool, x), x, g)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.sum(), g.sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_mode_knob_and_errors():
+    model = RefineNet(3, backbone="resnet18", preset="released", feature_widths=(16, 8, 8, 8))
+    crps = [m for m in model.modules() if isinstance(m, ChainedResidualPooling)]
+    assert crps and all(m.max_pool == "separable" for m in crps)
+    model.set_max_pool("window")
+    assert all(m.max_pool == "window" for m in crps)
+    with pytest.raises(ValueError, match="Valid modes"):
+        model.set_max_pool("fast")
+    with pytest.raises(ValueError, match="Valid modes"):
+        lean_max_pool(nn.MaxPool2d(5, 1, 2), torch.zeros(1, 1, 4, 4), "fast")
 
 
 def test_frozen_batchnorm_folding_keeps_outputs_gradients_and_state_dict():

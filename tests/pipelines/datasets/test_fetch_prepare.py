@@ -49,7 +49,7 @@ def test_cli_errors_are_one_line_and_exit_code_2(tmp_path, capsys):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
-    assert "valid datasets: ade20k, cityscapes, synthetic, voc2012" in result.stderr
+    assert "valid datasets: ade20k, camvid, cityscapes, nyudv2, pascal_context" in result.stderr
 
 
 def test_cli_fetch_with_a_mirror_url(tmp_path, file_server, override_spec, capsys):
