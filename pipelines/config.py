@@ -299,6 +299,13 @@ def _validate_params(params: Params) -> None:
                     "CPU. Fix: set gpus_per_trial >= 1, or sync_bn false for CPU data-parallel trials."
                 )
             options = dict(config.model_options)
+            if config.freeze_backbone_bn and options.get("weights") is None:
+                raise ParamsError(
+                    f"suite.recipe.freeze_backbone_bn: true with variant {variant!r} on a randomly "
+                    "initialised "
+                    "backbone (weights: null) leaves its BatchNorm statistics at their initial values, so "
+                    "deep ResNets diverge. Fix: weights: imagenet, or freeze_backbone_bn: false."
+                )
             if "weights" in options:
                 options["weights"] = None
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,6 +128,13 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
+        if self.freeze_backbone_bn and self.model_options.get("weights") is None:
+            warnings.warn(
+                "freeze_backbone_bn=True with a randomly initialised backbone (weights=None): its BatchNorm "
+                "layers keep their initial statistics, so nothing normalises the ResNet and deep ones "
+                "diverge. Freeze BatchNorm only with pretrained weights (weights='imagenet').",
+                stacklevel=3,
+            )
         def positive_int(name: str, minimum: int = 1) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -95,3 +95,10 @@ def test_bad_option_value_fails_at_load_time(tmp_path):
     raw["variants"]["refinenet"]["options"]["cascade"] = "3-cascaded"
     with pytest.raises(ParamsError, match="variants.refinenet .*3-cascaded"):
         load_params(_write(tmp_path, raw))
+
+
+def test_frozen_batchnorm_on_random_init_is_refused(tmp_path):
+    raw = _raw()
+    raw["suite"]["recipe"]["freeze_backbone_bn"] = True
+    with pytest.raises(ParamsError, match="freeze_backbone_bn.*weights: imagenet"):
+        load_params(_write(tmp_path, raw))
