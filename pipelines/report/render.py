@@ -41,6 +41,8 @@ def markdown_table(df: pd.DataFrame) -> str:
         "|" + "|".join("---" for _ in df.columns) + "|",
     ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    if df.empty:
+        lines.append("| " + " | ".join(["none"] + [""] * (len(df.columns) - 1)) + " |")
     return "\n".join(lines)
 
 
