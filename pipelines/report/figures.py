@@ -341,11 +341,8 @@ def bootstrap_figure(boot: pd.DataFrame, path: Path) -> Path:
     ax.set_yticklabels(b["label"])
     ax.invert_yaxis()
     level = int(round(float(boot["level"].iloc[0]) * 100))
-    ax.set(
-        xlabel=f"mIoU difference (percentage points), {level}% paired-bootstrap CI",
-        ylabel="",
-        title="RefineNet vs other models: mIoU gaps and their uncertainty",
-    )
+    ax.set(xlabel=f"mIoU difference (points), {level}% paired-bootstrap CI", ylabel="")
+    fig.suptitle("RefineNet vs other models: mIoU gaps and their uncertainty")
     return _save(fig, path)
 
 
