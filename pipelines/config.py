@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -166,11 +166,11 @@ class ProfileSpec:
     variants: list[str] = field(default_factory=list)
     batch: int = 2
     crop_size: int = 64
-    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    precisions: list[Literal["fp32", "bf16"]] = field(default_factory=lambda: ["fp32"])
     resolutions: list[int] = field(default_factory=lambda: [64])
     warmup: int = 1
     iterations: int = 2
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,6 @@ class SuiteSpec:
 class PathsSpec:
     raw: str = "data/raw"
     prepared: str = "data/prepared"
-    runs: str = "runs"
     results: str = "results"
     reports: str = "reports"
 

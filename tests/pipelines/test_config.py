@@ -102,3 +102,10 @@ def test_frozen_batchnorm_on_random_init_is_refused(tmp_path):
     raw["suite"]["recipe"]["freeze_backbone_bn"] = True
     with pytest.raises(ParamsError, match="freeze_backbone_bn.*weights: imagenet"):
         load_params(_write(tmp_path, raw))
+
+
+def test_profile_precision_must_be_known(tmp_path):
+    raw = _raw()
+    raw["suite"]["profile"]["precisions"] = ["fp16"]
+    with pytest.raises(ParamsError, match="'fp16' is not allowed"):
+        load_params(_write(tmp_path, raw))
