@@ -29,6 +29,7 @@ from typing import Any
 from ray import tune
 
 from pipelines.config import Params, ParamsError, load_params, params_hash, plan_dataset_trials
+from pipelines.engine.measure import MEASUREMENT_KEYS as ENGINE_MEASUREMENT_KEYS
 from pipelines.tracking import (
     check_no_secrets,
     default_tracking_uri,
@@ -39,17 +40,7 @@ from pipelines.tracking import (
 )
 
 # Result keys logged to MLflow besides the "train/..." and "val/..." curves.
-MEASUREMENT_KEYS = (
-    "n_params",
-    "gflops",
-    "train_img_per_s",
-    "peak_mem_alloc_gb",
-    "peak_mem_reserved_gb",
-    "infer_latency_ms",
-    "infer_img_per_s",
-    "world_size",
-    "effective_batch",
-)
+MEASUREMENT_KEYS = (*ENGINE_MEASUREMENT_KEYS, "world_size", "effective_batch")
 ARTIFACT_FILES = (
     "config.json",
     "metrics.json",
