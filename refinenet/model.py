@@ -422,32 +422,5 @@ class RefineNet(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-@register_model("refinenet")
-def refinenet(
-    num_classes: int,
-    *,
-    backbone: str = "resnet101",
-    weights: str | os.PathLike | None = None,
-    preset: str = "paper",
-    cascade: str = "4-cascaded",
-    crp_blocks: int | None = None,
-    crp_order: str | None = None,
-    output_rcus: int | None = None,
-    feature_widths: Sequence[int] | None = None,
-    dropout: float | None = None,
-    classifier_kernel: int | None = None,
-) -> RefineNet:
-    """RefineNet with the given preset and overrides (see `RefineNet` for the options)."""
-    return RefineNet(
-        num_classes,
-        backbone=backbone,
-        weights=weights,
-        preset=preset,
-        cascade=cascade,
-        crp_blocks=crp_blocks,
-        crp_order=crp_order,
-        output_rcus=output_rcus,
-        feature_widths=feature_widths,
-        dropout=dropout,
-        classifier_kernel=classifier_kernel,
-    )
+# The registry builds RefineNet from its constructor: its keyword arguments are the options.
+refinenet = register_model("refinenet")(RefineNet)
